@@ -34,7 +34,8 @@ class MeanDiff(Method):
     def fit(self, normal_images: torch.Tensor, context: FitContext) -> None:
         """Store the mean of ``N x 3 x H x W`` normal images."""
         if normal_images.ndim != 4 or normal_images.shape[0] == 0:
-            message = f"expected N x 3 x H x W normal images with N >= 1, got {tuple(normal_images.shape)}"
+            shape = tuple(normal_images.shape)
+            message = f"expected N x 3 x H x W normal images with N >= 1, got {shape}"
             raise ValueError(message)
         self.mean_image = normal_images.mean(dim=0).to(context.device)
         context.progress(1, 1, "mean image")

@@ -39,7 +39,7 @@ def write_tiny_mvtec(root: Path, classes: tuple[str, ...] = ("stripes", "dots"),
         yy, xx = np.mgrid[0:size, 0:size]
         pattern = 0.5 + 0.2 * np.sin((xx + class_index * yy) / 2.0)
 
-        def texture() -> np.ndarray:
+        def texture(pattern: np.ndarray = pattern) -> np.ndarray:
             noise = rng.normal(0, 0.03, (size, size))
             return np.clip(pattern + noise, 0, 1)
 
