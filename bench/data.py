@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from bench.registry import Registry
 DATASETS: Registry[type[DatasetAdapter]] = Registry(
     "dataset", "defectbench.datasets", "bench.datasets"
 )
+
+
+class DatasetError(ValueError):
+    """A dataset folder does not have the expected layout; the message names the path."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,14 @@ class DatasetAdapter(ABC):
     def __init__(self, root: Path, classes: list[str] | None = None) -> None:
         self.root = Path(root)
         self.requested_classes = classes
+
+    def prepare(self, progress: Callable[[int, int, str], None] | None = None) -> None:
+        """Make the data ready on disk (e.g. generate it) before classes are listed.
+
+        Adapters that read existing folders do nothing; ``progress(completed, total,
+        description)`` lets the caller show a bar for adapters that do work here.
+        """
+        return None
 
     @abstractmethod
     def classes(self) -> list[str]:
