@@ -389,3 +389,15 @@ def test_hue_noop_and_note():
         ValueError, match=r"gray_images: expected a count from 0 to total_images \(3\), found 4"
     ):
         hue_noop_note("hard", 4, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_images_get_the_cpu_pixels():
+    images = torch.cat([colour_images(3), gray_images(1)])
+    ids = ["a", "b", "c", "gray"]
+    on_cpu = P.apply_setting(images, "hard", ids, seed=0)
+    on_cuda = P.apply_setting(images.cuda(), "hard", ids, seed=0)
+    assert on_cuda.device.type == "cuda"
+    assert torch.allclose(on_cuda.cpu(), on_cpu, atol=1e-5)
+    assert P.is_grayscale(on_cuda[3:]).all()
