@@ -24,21 +24,31 @@ class NonFiniteMapError(ValueError):
 
     Attributes:
         method: The method that produced the map, or ``None`` when not known.
-        sample_id: Sample id of the first offending image (or ``image <index>``).
+        sample_id: Sample id of the first offending image, or ``None`` when not known.
+        index: Position of that image among the maps.
         num_values: Non-finite values in that image.
         num_images: Images with at least one non-finite value.
     """
 
-    def __init__(self, method: str | None, sample_id: str, num_values: int, num_images: int):
+    def __init__(
+        self,
+        method: str | None,
+        sample_id: str | None,
+        index: int,
+        num_values: int,
+        num_images: int,
+    ):
         self.method = method
         self.sample_id = sample_id
+        self.index = index
         self.num_values = num_values
         self.num_images = num_images
         source = f"method {method!r}" if method is not None else "an anomaly map"
-        others = f" (and {num_images - 1} more image(s))" if num_images > 1 else ""
+        image = f"{sample_id!r} (index {index})" if sample_id is not None else f"index {index}"
+        others = f" and in {num_images - 1} more image(s)" if num_images > 1 else ""
         super().__init__(
             f"{source} returned {num_values} non-finite value(s) (NaN or inf) in the anomaly "
-            f"map of image {sample_id!r}{others}; anomaly maps must be finite"
+            f"map of image {image}{others}; anomaly maps must be finite"
         )
 
 
@@ -91,8 +101,8 @@ def raise_if_non_finite(
         return
 
     index, num_values = bad_images[0]
-    sample_id = sample_ids[index] if sample_ids is not None else f"image {index}"
-    raise NonFiniteMapError(method, sample_id, num_values, len(bad_images))
+    sample_id = sample_ids[index] if sample_ids is not None else None
+    raise NonFiniteMapError(method, sample_id, index, num_values, len(bad_images))
 
 
 def map_batches(anomaly_maps: MapInput, name: str = "anomaly_maps") -> list[np.ndarray]:
