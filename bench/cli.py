@@ -238,7 +238,8 @@ def list_(
     table.add_column("description")
     table.add_column("origin")
     for entry in registries[kind]:
-        table.add_row(entry.name, ", ".join(entry.aliases), entry.description, entry.origin)
+        origin = entry.origin.split(" (")[0]  # the module path, without the source file
+        table.add_row(entry.name, ", ".join(entry.aliases), entry.description, origin)
     Console().print(table)
 
 

@@ -313,6 +313,11 @@ def test_missing_root(tmp_path: Path) -> None:
         _adapter("folder", tmp_path / "file.txt").classes()
 
 
+def test_no_root_says_data_root_is_needed() -> None:
+    with pytest.raises(DatasetError, match="dataset 'mvtec' needs a data root: pass --data-root"):
+        DATASETS.get("mvtec")(root=None)
+
+
 def test_unknown_class_suggests_close_names(tmp_path: Path) -> None:
     _make_class(tmp_path, "carpet")
     with pytest.raises(DatasetError, match=r"unknown mvtec class 'carpt'\. Did you mean 'carpet'"):

@@ -76,7 +76,7 @@ class LayoutAdapter(DatasetAdapter):
     """Base of the adapters for MVTec-layout folders; subclasses set ``layout``.
 
     Args:
-        root: Folder that holds the class folders.
+        root: Folder that holds the class folders (``None`` is an error that says so).
         classes: Class names, group names of the layout, or ``all``; ``None`` means the
             layout's default selection. Names match case-insensitively when unambiguous.
         val_fraction: Share of ``train/good`` held out as the validation split.
@@ -88,12 +88,17 @@ class LayoutAdapter(DatasetAdapter):
 
     def __init__(
         self,
-        root: Path,
+        root: Path | None,
         classes: list[str] | None = None,
         *,
         val_fraction: float = 0.1,
         check_files: bool = True,
     ) -> None:
+        if root is None:
+            raise DatasetError(
+                f"dataset {self.name!r} needs a data root: pass --data-root with the folder "
+                f"that holds its class folders (see {DATASETS_README})"
+            )
         super().__init__(root, classes)
         validation_indices(10, val_fraction)  # raises on a bad fraction
         self.val_fraction = val_fraction
