@@ -14,11 +14,32 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.registry import Registry
+from bench.registry import Entry, Registry, RegistryError
 
 logger = logging.getLogger(__name__)
 
-METHODS: Registry[type[Method]] = Registry("method", "defectbench.methods", "methods")
+def _adopt_registration(entry: Entry[type[Method]]) -> None:
+    """Give a method class its registered name and description unless it states its own.
+
+    A class that states another name than the one it is registered under is refused, since
+    reports, errors and the run store would then call one method by two names.
+    """
+    cls = entry.obj
+    if not cls.name:
+        cls.name = entry.name
+    elif cls.name != entry.name:
+        message = (
+            f"method class {entry.origin} says name={cls.name!r} but is registered as "
+            f"{entry.name!r}; drop the class attribute or use the same name"
+        )
+        raise RegistryError(message)
+    if not cls.description:
+        cls.description = entry.description
+
+
+METHODS: Registry[type[Method]] = Registry(
+    "method", "defectbench.methods", "methods", on_add=_adopt_registration
+)
 
 ProgressCallback = Callable[[int, int, str], None]
 """``progress(completed, total, description)``; called by long steps inside ``fit``."""

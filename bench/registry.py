@@ -55,10 +55,20 @@ class Registry(Generic[T]):
         entry_point_group: Entry point group scanned for third-party plugins.
         builtin_package: Package whose submodules are imported to trigger the
             decorators of built-ins (so no hand-kept list of built-ins exists).
+        on_add: Called with each new entry before it is stored, to check or complete the
+            object (the method registry gives classes their registered name); it raises
+            :class:`RegistryError` to refuse one.
     """
 
-    def __init__(self, kind: str, entry_point_group: str, builtin_package: str | None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str,
+        builtin_package: str | None,
+        on_add: Callable[[Entry[T]], None] | None = None,
+    ) -> None:
         self.kind = kind
+        self.on_add = on_add
         self.entry_point_group = entry_point_group
         self.builtin_package = builtin_package
         self._entries: dict[str, Entry[T]] = {}
@@ -102,7 +112,10 @@ class Registry(Generic[T]):
                     f"and again by {origin}"
                 )
                 raise RegistryError(message)
-        self._entries[name] = Entry(name, obj, description, origin, tuple(aliases))
+        entry = Entry(name, obj, description, origin, tuple(aliases))
+        if self.on_add is not None:
+            self.on_add(entry)
+        self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name
 

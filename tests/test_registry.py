@@ -187,3 +187,37 @@ def test_plugin_runs_end_to_end_through_the_cli(tmp_path, tiny_dataset_root):
     assert result.returncode == 0, result.stderr
     rows = list((tmp_path / "runs").rglob("results/bright-spot/*/*/clean.json"))
     assert len(rows) == 2  # two classes in the tiny dataset
+
+
+def _method_registry() -> Registry:
+    from bench.method import _adopt_registration
+
+    return Registry("method", "defectbench.test-methods", None, on_add=_adopt_registration)
+
+
+def test_method_class_takes_its_registered_name_and_description():
+    from methods.mean_diff import MeanDiff
+
+    registry = _method_registry()
+
+    @registry.register("floor-copy", description="a floor")
+    class Floor(MeanDiff):
+        name = ""
+        description = ""
+
+    assert Floor.name == "floor-copy"
+    assert Floor.description == "a floor"
+    assert METHODS.get("mean-diff").name == "mean-diff"
+
+
+def test_method_class_stating_another_name_is_refused():
+    from methods.mean_diff import MeanDiff
+
+    registry = _method_registry()
+
+    class Named(MeanDiff):
+        name = "named"
+
+    with pytest.raises(RegistryError, match="says name='named' but is registered as 'other'"):
+        registry.add("other", Named)
+    assert "other" not in registry
