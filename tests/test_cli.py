@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -240,3 +241,23 @@ def test_interrupt_exits_130_with_resume_hint(tmp_path, tiny_dataset_root, monke
     )
     assert result.exit_code == 130
     assert "re-run the same command to resume" in flat(result.output)
+
+
+def test_predict_from_a_saved_ours_model_uses_its_native_threshold(tmp_path, tiny_dataset_root):
+    ours = "ours(image_size=32,width=4,blocks=1,iterations=4,samples=3,regenerations=2)"
+    runs = tmp_path / "runs"
+    args = ["--dataset", "folder", "--data-root", tiny_dataset_root, "--setting", "clean"]
+    args += ["--image-size", 32, "--runs-dir", runs, "--device", "cpu", "--classes", "dots"]
+    result = invoke("run", "--methods", ours, *args)
+    assert result.exit_code == 0, result.output
+    (model,) = list(runs.glob("*/models/*/folder/dots"))
+    image = next(tiny_dataset_root.glob("dots/test/square/*.png"))
+    out = tmp_path / "pred"
+    result = invoke("predict", image, "--checkpoint", model, "--output", out, "--image-size", 32)
+    assert result.exit_code == 0, result.output
+
+    anomaly_map = np.load(out / f"{image.stem}_map.npy")
+    assert anomaly_map.shape == (32, 32)
+    assert 0.0 <= anomaly_map.min() and anomaly_map.max() <= 1.0
+    mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
+    np.testing.assert_array_equal(mask > 0, anomaly_map > 0.5)  # the native threshold
