@@ -4,7 +4,10 @@ Trains the method through the harness's Method API (a FitContext whose progress 
 evaluates every K iterations) on one class and writes, after every evaluation, a CSV row and
 a PNG curve with two reference lines: the trivial map |image - mean normal image| and the
 all-defect map. Evaluation uses a fixed, evenly spaced subset of the class's *test* images
-(with masks) as the validation split; the same subset is used at every step.
+(with masks) as the validation split; the same subset is used at every step. A second
+curve scores the method on its own task: its synthetic defects (opacity 0.5) blended into
+a tenth of the training images that are held out of training, which tells a model that
+learns nothing from one that learns the synthetic task but does not transfer to real defects.
 
 Resumable: the CSV is appended and the method continues from its checkpoint in the scratch
 folder. It stops cleanly (checkpoint saved, last evaluation written) after --max-minutes,
@@ -41,6 +44,8 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score  # noqa: E402
 
 from bench.data import DATASETS, stack_images, stack_masks  # noqa: E402
 from bench.method import FitContext, parse_method_spec  # noqa: E402
+from methods.ours.sources import TextureBank  # noqa: E402
+from methods.ours.synthesis import make_synthetic_set  # noqa: E402
 
 logger = logging.getLogger("ours_learning_curve")
 
@@ -58,6 +63,8 @@ FIELDS = [
     "ref_diff_best_f1",
     "ref_all_defect_f1",
     "val_images",
+    "synthetic_auroc",
+    "synthetic_best_f1",
     "method",
     "profile",
 ]
@@ -144,6 +151,16 @@ def plot(csv_paths: list[Path], output: Path, title: str) -> None:
         label = rows[0]["method"] if len(csv_paths) > 1 else "method"
         x = [int(r["iteration"]) for r in rows]
         left.plot(x, [float(r["pixel_auroc"]) for r in rows], "o-", ms=3, color=colour, label=label)
+        if rows[0].get("synthetic_auroc"):
+            left.plot(
+                x,
+                [float(r["synthetic_auroc"]) for r in rows],
+                "^:",
+                ms=3,
+                color=colour,
+                alpha=0.6,
+                label=f"{label} on held-out synthetic defects",
+            )
         right.plot(
             x, [float(r["best_f1"]) for r in rows], "o-", ms=3, color=colour, label=f"{label} best"
         )
@@ -197,6 +214,12 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=256)
     parser.add_argument("--max-minutes", type=float, default=95.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--synthetic-val",
+        type=int,
+        default=30,
+        help="synthetic defects (opacity 0.5) on held-out training images, 0: none",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--combine", type=Path, nargs="*", help="only plot these CSVs together")
     parser.add_argument("--output", type=Path, help="PNG of --combine")
@@ -228,11 +251,21 @@ def main() -> None:
     val_images = stack_images(subset, args.eval_size)
     val_masks = stack_masks(subset, args.eval_size)
     train_images = stack_images(class_data.train, args.eval_size)
+    spec = parse_method_spec(args.method)
+    synthetic = None
+    if args.synthetic_val:
+        # the method's own task: its synthetic defects on normal images it never trains on
+        held_out = max(2, len(class_data.train) // 10)
+        train_images, held_images = train_images[:-held_out], train_images[-held_out:]
+        source = TextureBank(dict(spec.options).get("anomaly_source", "builtin"))
+        opacities = torch.full((args.synthetic_val,), 0.5)
+        generator = torch.Generator().manual_seed(12345 + args.seed)
+        synthetic = make_synthetic_set(held_images, source, opacities, generator)
     logger.info(
         "%s/%s: %d training images, %d validation images (%.2f %% defect pixels)",
         args.dataset,
         class_name,
-        len(class_data.train),
+        len(train_images),
         len(subset),
         100 * float(val_masks.float().mean()),
     )
@@ -243,7 +276,6 @@ def main() -> None:
     positive = float(val_masks.float().mean())
     all_defect_f1 = 2 * positive / (1 + positive)
 
-    spec = parse_method_spec(args.method)
     method = spec.build(args.profile)
     done_iterations = {int(r["iteration"]) for r in read_rows(csv_path)}
     previous_seconds = max((float(r["train_seconds"]) for r in read_rows(csv_path)), default=0.0)
@@ -255,6 +287,11 @@ def main() -> None:
         if iteration in done_iterations:
             return
         metrics = pixel_metrics(method.predict(val_images), val_masks, method.native_threshold)
+        if synthetic is not None:
+            own_maps = method.predict(synthetic.defective)
+            own = pixel_metrics(own_maps, synthetic.synthesis_masks, None)
+            metrics["synthetic_auroc"] = own["pixel_auroc"]
+            metrics["synthetic_best_f1"] = own["best_f1"]
         row = {
             "iteration": iteration,
             "total_iterations": total,
