@@ -261,3 +261,24 @@ def test_predict_from_a_saved_ours_model_uses_its_native_threshold(tmp_path, tin
     assert 0.0 <= anomaly_map.min() and anomaly_map.max() <= 1.0
     mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
     np.testing.assert_array_equal(mask > 0, anomaly_map > 0.5)  # the native threshold
+
+
+def test_ablation_variants_are_separate_rows_of_one_run(tmp_path, tiny_dataset_root):
+    tiny = "image_size=32,width=4,blocks=1,iterations=4,samples=3,regenerations=2"
+    methods = f"ours({tiny}),ours({tiny},components=G.S,opacity=random)"
+    runs = tmp_path / "runs"
+    args = ["--dataset", "folder", "--data-root", tiny_dataset_root, "--setting", "clean"]
+    args += ["--image-size", 32, "--runs-dir", runs, "--device", "cpu", "--classes", "dots"]
+    result = invoke("run", "--methods", methods, *args)
+    assert result.exit_code == 0, result.output
+
+    (run_dir,) = list(runs.iterdir())
+    rows = [json.loads(p.read_text()) for p in run_dir.glob("results/**/*.json")]
+    assert len({row["method"] for row in rows}) == 2
+    header = next(
+        line
+        for line in (run_dir / "report.md").read_text().splitlines()
+        if line.startswith("| class")
+    )
+    assert "components=G.S" in header and "opacity=random" in header
+    assert header.count("samples-masks-gan") == 2
