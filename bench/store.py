@@ -2,12 +2,14 @@
 
 Layout of ``runs/<run-id>/``::
 
-    manifest.json                                  arguments, seeds, versions, hardware
+    manifest.json                                  arguments, seeds, versions, hardware,
+                                                   each trained method's backbone and weights
     results/<method>/<dataset>/<class>/<setting>.json   one row of metrics per job
     models/<method>/<dataset>/<class>/              saved model + model.json (fit record)
     scratch/<method>/<dataset>/<class>/             checkpoints while a model trains
     samples/<dataset>/<class>/<setting>.npz         test inputs and masks shown in figures
-    maps/<method>/<dataset>/<class>/<setting>.npz   the methods' maps for those inputs
+    maps/<method>/<dataset>/<class>/<setting>.npz   the methods' raw maps for those inputs
+                                                   (the row beside them holds the val threshold)
 
 Every file is written to a temporary name and renamed, so a file that exists is complete;
 a file that cannot be parsed (an interrupted copy, a disk error) is treated as missing and
@@ -95,6 +97,25 @@ class RunStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write the manifest atomically."""
         atomic_write_json(self.manifest_path, manifest)
+
+    def record_method(self, key: str, facts: dict[str, Any]) -> None:
+        """Add what a trained method is (backbone, pretrained weights, profile) to the manifest.
+
+        Args:
+            key: The method spec key, e.g. ``ours(components=G.S)``.
+            facts: Plain data; it replaces an earlier entry of the same key.
+
+        Raises:
+            ValueError: If the folder has no manifest yet (the run was not opened).
+        """
+        manifest = self.read_manifest()
+        if manifest is None:
+            message = f"{self.manifest_path}: no readable manifest to add method {key!r} to"
+            raise ValueError(message)
+        if manifest.get("methods", {}).get(key) == facts:
+            return
+        manifest.setdefault("methods", {})[key] = facts
+        self.write_manifest(manifest)
 
     # --- results ---------------------------------------------------------------------
 

@@ -174,17 +174,24 @@ def test_report_has_tables_marks_and_figures(tmp_path, tiny_dataset_root):
     store = run(make_config(tiny_dataset_root), tmp_path)
     report = write_report(store.root)
     text = report.read_text()
-    assert "## folder — setting `hard`" in text
+    assert "### folder, setting `hard`" in text
     assert "| **mean**" in text
-    assert "### Pixel F1, oracle threshold (upper bound" in text
+    assert "#### Pixel F1 (%), oracle threshold (upper bound" in text
     assert "No method in this run has a native threshold." in text
     assert "hue shifts are a no-op" in text
     figures = sorted((store.root / "figures").glob("*.png"))
-    assert [f.name for f in figures] == [
-        "folder-dots-clean.png",
-        "folder-dots-hard.png",
-        "folder-stripes-clean.png",
-        "folder-stripes-hard.png",
-    ]
-    assert "](figures/folder-dots-hard.png)" in text
+    assert [f.name for f in figures] == ["maps-folder-dots.png", "maps-folder-stripes.png"]
+    assert "](figures/maps-folder-dots.png)" in text
     assert re.search(r"\bnan\b", text, flags=re.IGNORECASE) is None
+
+
+def test_rows_and_manifest_keep_what_reports_need(tmp_path, tiny_dataset_root):
+    store = run(make_config(tiny_dataset_root, settings=("clean",), classes=("dots",)), tmp_path)
+    row = store.read_result("mean-diff", "folder", "dots", "clean")
+    assert row["predict_seconds"] > 0 and row["predict_batch"] >= 1
+    assert row["val_threshold"] is not None  # binarises the figure maps
+    maps = store.read_arrays(store.maps_path("mean-diff", "folder", "dots", "clean"))
+    assert maps["maps"].shape == (3, 32, 32)
+    facts = store.read_manifest()["methods"]["mean-diff"]
+    assert facts["method_name"] == "mean-diff" and facts["profile"] == "quick"
+    assert "describe" in facts
