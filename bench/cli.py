@@ -1,4 +1,4 @@
-"""The ``bench`` command line: run, list, report, evaluate, predict."""
+"""The ``bench`` command line: run, list, report, leaderboard, evaluate, predict."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ console = Console(stderr=True)
 logger = logging.getLogger("bench")
 
 ALL_SETTINGS = ("clean", "general", "hard")
+DEFAULT_LEADERBOARD = Path("reports") / "LEADERBOARD.md"
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -266,6 +267,39 @@ def report(
     except (ValueError, OSError) as error:
         raise _fail(str(error)) from error
     console.print(f"report: [bold]{path}[/]")
+
+
+@app.command()
+def leaderboard(
+    run_dirs: Annotated[
+        list[Path] | None, typer.Argument(help="Run folders to merge, e.g. runs/*.")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option(help="Markdown file to write.", dir_okay=False)
+    ] = DEFAULT_LEADERBOARD,
+    separate: Annotated[
+        bool,
+        typer.Option(
+            help="Give runs of another dataset, profile, resolution or class set their own "
+            "tables instead of refusing them."
+        ),
+    ] = False,
+) -> None:
+    """Merge finished runs into one markdown leaderboard, each row linked to its manifest."""
+    _configure_logging(False)
+    from bench.leaderboard import write_leaderboard
+
+    if not run_dirs:
+        raise typer.BadParameter("no run folder given; expected e.g. runs/*", param_hint="RUN_DIRS")
+    not_runs = [str(path) for path in run_dirs if not (path / "manifest.json").is_file()]
+    if not_runs:
+        message = f"not a run folder (no manifest.json): {', '.join(not_runs)}"
+        raise typer.BadParameter(message, param_hint="RUN_DIRS")
+    try:
+        path = write_leaderboard(run_dirs, output, separate)
+    except (ValueError, OSError) as error:
+        raise _fail(str(error)) from error
+    console.print(f"leaderboard: [bold]{path}[/]")
 
 
 @app.command()
