@@ -9,11 +9,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import timm  # noqa: E402
 import torch  # noqa: E402
+from method_inputs import offline_create_model  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 SAMPLE_DATA_ENV = "DEFECTBENCH_SAMPLE_DATA"
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm.create_model without network or cache; modules ask with ``usefixtures``."""
+    monkeypatch.setattr(timm, "create_model", offline_create_model)
 
 
 @pytest.fixture(scope="session")

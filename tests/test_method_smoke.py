@@ -13,12 +13,11 @@ import dataclasses
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import skimage.data
 import torch
+from method_inputs import cpu_context, texture_crops
 
-from bench.method import METHODS, FitContext, Method
+from bench.method import METHODS, Method
 
 SIZE = 64
 
@@ -38,13 +37,7 @@ SMOKE_OPTIONS: dict[str, object] = {
 
 def _crops(count: int, seed: int) -> torch.Tensor:
     """``count x 3 x 64 x 64`` crops of scikit-image's gravel photo."""
-    gravel = torch.from_numpy(skimage.data.gravel().astype(np.float32) / 255.0)
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _ in range(count):
-        top, left = (int(v) for v in torch.randint(0, 512 - SIZE, (2,), generator=generator))
-        crops.append(gravel[top : top + SIZE, left : left + SIZE])
-    return torch.stack(crops).unsqueeze(1).repeat(1, 3, 1, 1)
+    return texture_crops(count, seed, SIZE, photo="gravel")
 
 
 def _build(cls: type[Method]) -> Method:
@@ -55,8 +48,7 @@ def _build(cls: type[Method]) -> Method:
 
 def _fit(cls: type[Method], scratch: Path, seed: int = 0) -> Method:
     method = _build(cls)
-    context = FitContext(torch.device("cpu"), seed, "quick", scratch)
-    method.fit(_crops(4, seed=1), context)
+    method.fit(_crops(4, seed=1), cpu_context(seed, scratch))
     return method
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_inputs import cpu_context
 from PIL import Image
 
 from bench.method import METHODS, FitContext, parse_method_spec
@@ -66,7 +67,7 @@ def tiny_method(**options) -> SamplesMasksGAN:
 
 
 def context(tmp_path: Path, seed: int = 0, progress=None) -> FitContext:
-    ctx = FitContext(torch.device("cpu"), seed, "quick", tmp_path)
+    ctx = cpu_context(seed, tmp_path)
     if progress is not None:
         ctx.progress = progress
     return ctx

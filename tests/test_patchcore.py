@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -9,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.ndimage
-import skimage.data
-import timm
 import torch
+from method_inputs import cpu_context, offline_timm, texture_crops
 from torch.nn import functional as F
 
-from bench.method import METHODS, FitContext, parse_method_spec
+from bench.method import METHODS, parse_method_spec
 from methods._backbones import FALLBACK_BACKBONE, BackboneUnavailableError
 from methods.patchcore import PatchCore, PatchCoreOptions
 from methods.patchcore.model import (
@@ -32,46 +32,19 @@ SIZE = 64
 # Small but real: the bundled pretrained fallback on 64 px crops of a real brick texture.
 TINY = {"image_size": SIZE, "coreset_ratio": 0.5, "sigma": 2.0, "batch_size": 4}
 
-_real_create_model = timm.create_model
-
-
-def _offline_create_model(*args, **kwargs):
-    """timm.create_model as on a machine without network or cache, whatever this one has."""
-    if kwargs.get("pretrained"):
-        raise RuntimeError("no network (simulated)")
-    return _real_create_model(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(timm, "create_model", _offline_create_model)
-
-
-def brick_crops(count: int, seed: int) -> torch.Tensor:
-    """``count x 3 x 64 x 64`` crops of skimage's brick photo at random places."""
-    brick = torch.from_numpy(skimage.data.brick().astype(np.float32) / 255.0)
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _ in range(count):
-        top, left = (int(v) for v in torch.randint(0, 512 - SIZE, (2,), generator=generator))
-        crops.append(brick[top : top + SIZE, left : left + SIZE])
-    return torch.stack(crops).unsqueeze(1).repeat(1, 3, 1, 1)
-
-
-def context(seed: int = 0) -> FitContext:
-    return FitContext(torch.device("cpu"), seed, "quick", Path("unused"))
+pytestmark = pytest.mark.usefixtures("offline")
+brick_crops = functools.partial(texture_crops, size=SIZE)
 
 
 def fit_method(seed: int = 0, profile: str = "quick", **options) -> PatchCore:
     method = PatchCore(profile, PatchCoreOptions(**{**TINY, **options}))
-    method.fit(brick_crops(6, seed=1), context(seed))
+    method.fit(brick_crops(6, seed=1), cpu_context(seed))
     return method
 
 
 @pytest.fixture(scope="module")
 def fitted() -> PatchCore:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timm, "create_model", _offline_create_model)
+    with offline_timm():
         return fit_method()
 
 
@@ -337,7 +310,7 @@ def test_bad_images_are_rejected(fitted: PatchCore, images, expected: str) -> No
     with pytest.raises(ValueError, match=expected):
         fitted.predict(images)
     with pytest.raises(ValueError, match=expected):
-        PatchCore().fit(images, context())
+        PatchCore().fit(images, cpu_context())
 
 
 def test_load_errors_name_the_file(fitted: PatchCore, tmp_path: Path) -> None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-import skimage.data
-import timm
 import torch
+from method_inputs import cpu_context, offline_timm, texture_crops
 from sklearn.metrics import roc_auc_score
 
-from bench.method import FitContext, parse_method_spec
+from bench.method import parse_method_spec
 from methods._patch_features import averaging_projection, coreset_order, locally_aware_features
 from methods.pni import PNI, Options, resolve_options
 from methods.pni.model import (
@@ -38,46 +37,19 @@ TINY = {
     "blur_sigma": 2.0,
 }
 
-_real_create_model = timm.create_model
-
-
-def _offline_create_model(*args, **kwargs):
-    """timm.create_model as on a machine without network or cache, whatever this one has."""
-    if kwargs.get("pretrained"):
-        raise RuntimeError("no network (simulated)")
-    return _real_create_model(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(timm, "create_model", _offline_create_model)
-
-
-def brick_crops(count: int, seed: int) -> torch.Tensor:
-    """``count x 3 x 96 x 96`` crops of skimage's brick photo at random places."""
-    brick = torch.from_numpy(skimage.data.brick().astype(np.float32) / 255.0)
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _ in range(count):
-        top, left = (int(v) for v in torch.randint(0, 512 - SIZE, (2,), generator=generator))
-        crops.append(brick[top : top + SIZE, left : left + SIZE])
-    return torch.stack(crops).unsqueeze(1).repeat(1, 3, 1, 1)
-
-
-def context(seed: int = 0) -> FitContext:
-    return FitContext(torch.device("cpu"), seed, "quick", Path("unused"))
+pytestmark = pytest.mark.usefixtures("offline")
+brick_crops = functools.partial(texture_crops, size=SIZE)
 
 
 def fit_method(seed: int = 0, **options) -> PNI:
     method = PNI("quick", Options(**{**TINY, **options}))
-    method.fit(brick_crops(4, seed=1), context(seed))
+    method.fit(brick_crops(4, seed=1), cpu_context(seed))
     return method
 
 
 @pytest.fixture(scope="module")
 def fitted() -> PNI:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timm, "create_model", _offline_create_model)
+    with offline_timm():
         return fit_method()
 
 
@@ -339,7 +311,7 @@ def test_fit_refuses_a_grid_with_no_position_inside_the_border() -> None:
     with pytest.raises(
         ValueError, match=r"4 x 4 patch grid leaves no position .* raise image_size"
     ):
-        method.fit(brick_crops(2, seed=1), context())
+        method.fit(brick_crops(2, seed=1), cpu_context())
 
 
 @pytest.mark.slow
@@ -358,7 +330,7 @@ def test_real_magnetic_tile_slice(sample_data_root: Path) -> None:
         return torch.stack([read_image(path, size) for path in paths])
 
     method = PNI("quick", Options(image_size=size, mlp_epochs=2))
-    method.fit(stack(train), context())
+    method.fit(stack(train), cpu_context())
     maps = method.predict(stack(defective + good))
     masks = torch.stack(
         [

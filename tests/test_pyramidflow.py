@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
-import timm
 import torch
+from method_inputs import cpu_context, offline_timm, texture_crops
 
-from bench.method import FitContext, parse_method_spec
+from bench.method import parse_method_spec
 from methods.pyramidflow import Options, PyramidFlow, _dihedral_augment, resolve_options
 from methods.pyramidflow.model import (
     InvertibleConv1x1,
@@ -27,46 +27,19 @@ from methods.pyramidflow.model import (
 SIZE = 64
 TINY = {"image_size": SIZE, "num_stack": 1, "kernel_size": 3, "epochs": 1, "batch_size": 2}
 
-_real_create_model = timm.create_model
-
-
-def _offline_create_model(*args, **kwargs):
-    """timm.create_model as on a machine without network or cache, whatever this one has."""
-    if kwargs.get("pretrained"):
-        raise RuntimeError("no network (simulated)")
-    return _real_create_model(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(timm, "create_model", _offline_create_model)
-
-
-def brick_crops(count: int, seed: int) -> torch.Tensor:
-    """``count x 3 x 64 x 64`` crops of skimage's brick photo at random places."""
-    brick = torch.from_numpy(skimage.data.brick().astype(np.float32) / 255.0)
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _ in range(count):
-        top, left = (int(v) for v in torch.randint(0, 512 - SIZE, (2,), generator=generator))
-        crops.append(brick[top : top + SIZE, left : left + SIZE])
-    return torch.stack(crops).unsqueeze(1).repeat(1, 3, 1, 1)
-
-
-def context(seed: int = 0) -> FitContext:
-    return FitContext(torch.device("cpu"), seed, "quick", Path("unused"))
+pytestmark = pytest.mark.usefixtures("offline")
+brick_crops = functools.partial(texture_crops, size=SIZE)
 
 
 def fit_method(seed: int = 0, **options) -> PyramidFlow:
     method = PyramidFlow("quick", Options(**{**TINY, **options}))
-    method.fit(brick_crops(4, seed=1), context(seed))
+    method.fit(brick_crops(4, seed=1), cpu_context(seed))
     return method
 
 
 @pytest.fixture(scope="module")
 def fitted() -> PyramidFlow:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timm, "create_model", _offline_create_model)
+    with offline_timm():
         return fit_method()
 
 
@@ -285,7 +258,7 @@ def test_describe_marks_the_fallback_and_the_class_settings(fitted: PyramidFlow)
 
 def test_fit_takes_the_class_from_the_context() -> None:
     method = PyramidFlow("quick", Options(**{**TINY, "epochs": 1}))
-    fit_context = context()
+    fit_context = cpu_context()
     fit_context.class_name = "screw"  # what the harness may hand over
     method.fit(brick_crops(2, seed=1), fit_context)
     assert (method.config.num_levels, method.config.augment) == (2, False)
@@ -294,7 +267,7 @@ def test_fit_takes_the_class_from_the_context() -> None:
 def test_fit_needs_a_full_batch_of_normal_images() -> None:
     method = PyramidFlow("quick", Options(**{**TINY, "batch_size": 3}))
     with pytest.raises(ValueError, match="needs at least batch_size=3 normal images, got 2"):
-        method.fit(brick_crops(2, seed=1), context())
+        method.fit(brick_crops(2, seed=1), cpu_context())
 
 
 def test_unfitted_method_refuses_predict_and_save(tmp_path: Path) -> None:
@@ -339,7 +312,7 @@ def test_real_magnetic_tile_slice(sample_data_root: Path) -> None:
         return torch.stack([read_image(path, size) for path in paths])
 
     method = PyramidFlow("quick", Options(image_size=size, epochs=2))
-    method.fit(stack(train), context())
+    method.fit(stack(train), cpu_context())
     maps = method.predict(stack(defective + good))
     masks = torch.stack(
         [

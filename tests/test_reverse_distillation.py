@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
-import timm
 import torch
+from method_inputs import cpu_context, texture_crops
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from bench.method import METHODS, FitContext, parse_method_spec
+from bench.method import METHODS, parse_method_spec
 from methods._backbones import BackboneUnavailableError, load_feature_extractor
 from methods._reverse_distillation import (
     OneClassBottleneck,
@@ -48,19 +48,8 @@ TINY = {"image_size": SIZE, "epochs": 2, "batch_size": 2, "sigma": 1.0}
 METHOD_CLASSES = {"rd": ReverseDistillation, "rrd": RevisitedReverseDistillation}
 OPTION_CLASSES = {"rd": ReverseDistillationOptions, "rrd": RevisitedReverseDistillationOptions}
 
-_real_create_model = timm.create_model
-
-
-def _offline_create_model(*args, **kwargs):
-    """timm.create_model as on a machine without network or cache, whatever this one has."""
-    if kwargs.get("pretrained"):
-        raise RuntimeError("no network (simulated)")
-    return _real_create_model(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(timm, "create_model", _offline_create_model)
+pytestmark = pytest.mark.usefixtures("offline")
+brick_crops = functools.partial(texture_crops, size=SIZE)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,24 +62,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def brick_crops(count: int, seed: int) -> torch.Tensor:
-    """``count x 3 x 64 x 64`` crops of skimage's brick photo at random places."""
-    brick = torch.from_numpy(skimage.data.brick().astype(np.float32) / 255.0)
-    generator = torch.Generator().manual_seed(seed)
-    crops = []
-    for _ in range(count):
-        top, left = (int(v) for v in torch.randint(0, 512 - SIZE, (2,), generator=generator))
-        crops.append(brick[top : top + SIZE, left : left + SIZE])
-    return torch.stack(crops).unsqueeze(1).repeat(1, 3, 1, 1)
-
-
-def context(tmp_path: Path, seed: int = 0) -> FitContext:
-    return FitContext(torch.device("cpu"), seed, "quick", tmp_path)
-
-
 def fit_method(name: str, tmp_path: Path, seed: int = 0, **options):
     method = METHOD_CLASSES[name]("quick", OPTION_CLASSES[name](**{**TINY, **options}))
-    method.fit(brick_crops(4, seed=1), context(tmp_path, seed))
+    method.fit(brick_crops(4, seed=1), cpu_context(seed, tmp_path))
     return method
 
 
@@ -358,7 +332,7 @@ def test_fit_keeps_the_teacher_frozen_and_maps_finite(name: str, tmp_path: Path)
     fresh_teacher = load_feature_extractor("tf_efficientnet_lite0", TEACHER_LAYERS)
     initial = method._build_net(fresh_teacher, seed=0)  # where fit's student starts
     initial_student = {k: v.clone() for k, v in initial.student.state_dict().items()}
-    method.fit(brick_crops(4, seed=1), context(tmp_path))
+    method.fit(brick_crops(4, seed=1), cpu_context(scratch_dir=tmp_path))
     teacher_after = method.net.teacher.state_dict()
     # Weights and batch-norm statistics: a teacher left in train mode would change the latter.
     assert all(torch.equal(v, teacher_after[k]) for k, v in fresh_teacher.state_dict().items())
@@ -414,7 +388,7 @@ def test_offline_fallback_is_marked(tmp_path: Path) -> None:
 def test_no_weights_and_no_fallback_raises(tmp_path: Path) -> None:
     method = ReverseDistillation("quick", ReverseDistillationOptions(allow_fallback=False))
     with pytest.raises(BackboneUnavailableError, match="no pretrained weights for backbone"):
-        method.fit(brick_crops(2, seed=1), context(tmp_path))
+        method.fit(brick_crops(2, seed=1), cpu_context(scratch_dir=tmp_path))
 
 
 # --- every error path ------------------------------------------------------------------------
@@ -471,7 +445,7 @@ def test_cli_options_are_typed_and_checked() -> None:
 def test_image_size_must_fit_the_teacher(tmp_path: Path) -> None:
     method = ReverseDistillation("quick", ReverseDistillationOptions(image_size=80))
     with pytest.raises(ValueError, match="rd option image_size: image_size 80 must be a multiple"):
-        method.fit(brick_crops(2, seed=1), context(tmp_path))
+        method.fit(brick_crops(2, seed=1), cpu_context(scratch_dir=tmp_path))
 
 
 def test_input_errors_name_the_argument(tmp_path: Path) -> None:
@@ -481,13 +455,13 @@ def test_input_errors_name_the_argument(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="rd has no trained student yet"):
         method.save(tmp_path)
     with pytest.raises(TypeError, match="normal_images: expected a B x 3 x H x W tensor, got list"):
-        method.fit([1, 2], context(tmp_path))
+        method.fit([1, 2], cpu_context(scratch_dir=tmp_path))
     with pytest.raises(ValueError, match=r"normal_images: expected a non-empty B x 3 x H x W"):
-        method.fit(torch.rand(2, 1, 64, 64), context(tmp_path))
+        method.fit(torch.rand(2, 1, 64, 64), cpu_context(scratch_dir=tmp_path))
     with pytest.raises(ValueError, match=r"got \(0, 3, 64, 64\)"):
-        method.fit(torch.rand(0, 3, 64, 64), context(tmp_path))
+        method.fit(torch.rand(0, 3, 64, 64), cpu_context(scratch_dir=tmp_path))
     with pytest.raises(ValueError, match="normal_images: expected floats in \\[0, 1\\], got dtype"):
-        method.fit(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), context(tmp_path))
+        method.fit(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), cpu_context(scratch_dir=tmp_path))
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
@@ -552,7 +526,7 @@ def test_quick_profile_on_real_magnetic_tiles(
 ) -> None:
     train, test_images, gt_masks = _magnetic_tile_slice(sample_data_root)
     method = METHOD_CLASSES[name]("quick", OPTION_CLASSES[name](epochs=12))
-    method.fit(train, context(tmp_path))
+    method.fit(train, cpu_context(scratch_dir=tmp_path))
     maps = method.predict(test_images)
     assert maps.shape == (6, 128, 128)
     assert torch.isfinite(maps).all()

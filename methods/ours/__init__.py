@@ -7,7 +7,6 @@ and training loop live in the sibling modules.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.method import METHODS, FitContext, Method
+from methods._options import explicit_options
 from methods.ours.losses import GAN_LOSSES, MASK_MODES, prediction_to_map
 from methods.ours.networks import ResnetGenerator
 from methods.ours.sources import BUILTIN, TextureBank
@@ -366,11 +366,7 @@ class SamplesMasksGAN(Method):
 
 def resolve_settings(profile: str, options: SamplesMasksOptions) -> dict[str, Any]:
     """Profile defaults overridden by every option the user set (``None`` = unset)."""
-    settings = {**COMMON_DEFAULTS, **PROFILE_DEFAULTS[profile]}
-    for option in dataclasses.fields(options):
-        value = getattr(options, option.name)
-        if value is not None:
-            settings[option.name] = value
+    settings = {**COMMON_DEFAULTS, **PROFILE_DEFAULTS[profile], **explicit_options(options)}
     settings["components"] = ".".join(parse_components(settings["components"]))
     return settings
 

@@ -18,6 +18,7 @@ from methods._backbones import (
     load_feature_extractor,
     rebuild_feature_extractor,
 )
+from methods._options import check_at_least, check_non_negative, explicit_options
 from methods.patchcore.model import PatchCoreModel, PatchCoreSettings
 
 logger = logging.getLogger(__name__)
@@ -100,12 +101,8 @@ class PatchCoreOptions:
             "projection_dim": 1,
             "batch_size": 1,
         }
-        for name, lowest in minimum.items():
-            value = getattr(self, name)
-            if value is not None and value < lowest:
-                raise ValueError(f"option {name}: expected an integer >= {lowest}, got {value}")
-        if self.sigma is not None and self.sigma < 0:
-            raise ValueError(f"option sigma: expected a number >= 0, got {self.sigma}")
+        check_at_least(self, minimum)
+        check_non_negative(self, ("sigma",))
 
 
 def parse_layers(text: str) -> tuple[str, ...]:
@@ -160,12 +157,7 @@ class PatchCore(Method):
 
     def resolved(self) -> dict[str, Any]:
         """Every option with ``None`` replaced by the profile's default."""
-        values = dict(_PROFILE_DEFAULTS[self.profile])
-        for option in dataclasses.fields(self.options):
-            value = getattr(self.options, option.name)
-            if value is not None:
-                values[option.name] = value
-        return values
+        return {**_PROFILE_DEFAULTS[self.profile], **explicit_options(self.options)}
 
     @property
     def layers(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from methods._backbones import (
     load_feature_extractor,
     rebuild_feature_extractor,
 )
+from methods._options import changed_options, explicit_options
 from methods._patch_features import (
     averaging_projection,
     coreset_order,
@@ -49,7 +50,7 @@ FORMAT_VERSION = 1
 _NOTE = (
     "PNI without its optional pixel-wise refinement network (trained on synthetic defects); "
     "the map is the upsampled, Gaussian-blurred patch score, as PNI's unrefined maps; "
-    "CPU latency of the quick profile: LATENCY_MS ms per 256 px image on 2 cores"
+    "CPU latency of the quick profile: see methods/pni/README.md"
 )
 
 
@@ -217,14 +218,7 @@ _PROFILES = {"quick": _QUICK, "paper": _PAPER}
 
 def resolve_options(profile: str, options: Options) -> Options:
     """Fill ``None`` fields from ``profile`` (each set field is checked when it is set)."""
-    defaults = _PROFILES[profile]
-    values = {
-        item.name: getattr(defaults, item.name)
-        if getattr(options, item.name) is None
-        else getattr(options, item.name)
-        for item in dataclasses.fields(Options)
-    }
-    return Options(**values)
+    return dataclasses.replace(_PROFILES[profile], **explicit_options(options))
 
 
 @METHODS.register(
@@ -426,12 +420,8 @@ class PNI(Method):
             raise ValueError(message)
         saved = Options(**payload["options"])
         if saved != self.config:
-            changed = [
-                f"{item.name}={getattr(saved, item.name)!r}"
-                for item in dataclasses.fields(Options)
-                if getattr(saved, item.name) != getattr(self.config, item.name)
-            ]
-            logger.warning("pni: %s was trained with %s; using those", path, ", ".join(changed))
+            changed = ", ".join(changed_options(saved, self.config))
+            logger.warning("pni: %s was trained with %s; using those", path, changed)
         self.config = saved
         extractor = rebuild_feature_extractor(
             BackboneInfo(**payload["backbone"]),

@@ -25,6 +25,7 @@ from methods._backbones import (
     load_feature_extractor,
     rebuild_feature_extractor,
 )
+from methods._options import changed_options, explicit_options
 from methods.pyramidflow.model import (
     VOLUME_NORM_DIMS,
     PyramidFlowNet,
@@ -162,13 +163,7 @@ def resolve_options(profile: str, options: Options, class_name: str | None = Non
     Raises:
         ValueError: Naming the first option whose value is invalid.
     """
-    defaults = _PROFILES[profile]
-    values = {
-        item.name: getattr(defaults, item.name)
-        if getattr(options, item.name) is None
-        else getattr(options, item.name)
-        for item in dataclasses.fields(Options)
-    }
+    values = {**dataclasses.asdict(_PROFILES[profile]), **explicit_options(options)}
     name = values["class_name"] or class_name
     values["class_name"] = name
     if values["image_size"] is None:
@@ -336,12 +331,8 @@ class PyramidFlow(Method):
             raise ValueError(message)
         saved = Options(**payload["options"])
         if saved != self.config:
-            changed = [
-                f"{item.name}={getattr(saved, item.name)!r}"
-                for item in dataclasses.fields(Options)
-                if getattr(saved, item.name) != getattr(self.config, item.name)
-            ]
-            logger.warning("pyramidflow: %s was trained with %s", path, ", ".join(changed))
+            changed = ", ".join(changed_options(saved, self.config))
+            logger.warning("pyramidflow: %s was trained with %s", path, changed)
         self.config = saved
         info = BackboneInfo(**payload["backbone"]) if payload["backbone"] else None
         self._build(payload["seed"], info)

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,13 @@ from methods._backbones import (
     BackboneInfo,
     load_feature_extractor,
     rebuild_feature_extractor,
+)
+from methods._options import (
+    check_at_least,
+    check_choices,
+    check_non_negative,
+    check_positive,
+    explicit_options,
 )
 from methods._reverse_distillation import (
     DISTILLATION_LOSSES,
@@ -121,18 +127,10 @@ class ReverseDistillationOptions:
     def __post_init__(self) -> None:
         if self.backbone is not None and not self.backbone.strip():
             raise ValueError("option backbone: expected a timm model name, got an empty string")
-        for name, lowest in {"image_size": 64, "epochs": 1, "batch_size": 1}.items():
-            value = getattr(self, name)
-            if value is not None and value < lowest:
-                raise ValueError(f"option {name}: expected an integer >= {lowest}, got {value}")
-        if self.decoder_width is not None and self.decoder_width < 1:
-            message = f"option decoder_width: expected an integer >= 1, got {self.decoder_width}"
-            raise ValueError(message)
+        check_at_least(self, {"image_size": 64, "epochs": 1, "batch_size": 1, "decoder_width": 1})
         check_positive(self, ("lr", "checkpoint_minutes"))
-        if self.sigma is not None and self.sigma < 0:
-            raise ValueError(f"option sigma: expected a number >= 0, got {self.sigma}")
-        _check_choice("loss", self.loss, DISTILLATION_LOSSES)
-        _check_choice("map_mode", self.map_mode, MAP_MODES)
+        check_non_negative(self, ("sigma",))
+        check_choices(self, {"loss": DISTILLATION_LOSSES, "map_mode": MAP_MODES})
 
 
 @METHODS.register(
@@ -172,12 +170,7 @@ class ReverseDistillation(Method):
 
     def resolved(self) -> dict[str, Any]:
         """Every option with ``None`` replaced by the profile's default."""
-        values = dict(self.profile_defaults[self.profile])
-        for option in dataclasses.fields(self.options):
-            value = getattr(self.options, option.name)
-            if value is not None:
-                values[option.name] = value
-        return values
+        return {**self.profile_defaults[self.profile], **explicit_options(self.options)}
 
     # --- hooks that RD++ overrides --------------------------------------------------------
 
@@ -490,16 +483,3 @@ def _check_images(images: torch.Tensor, name: str) -> None:
         raise ValueError(message)
     if not images.is_floating_point():
         raise ValueError(f"{name}: expected floats in [0, 1], got dtype {images.dtype}")
-
-
-def check_positive(options: object, names: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming the option unless each set value is finite and > 0."""
-    for name in names:
-        value = getattr(options, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"option {name}: expected a number > 0, got {value}")
-
-
-def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
-        raise ValueError(f"option {name}: expected one of {', '.join(choices)}, got {value!r}")

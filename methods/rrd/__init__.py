@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from bench.method import METHODS
+from methods._options import check_at_least, check_non_negative, check_positive
 from methods._reverse_distillation import ReverseDistillationNet, distillation_loss
 from methods.rd import (
     ADAM_BETAS,
     RD_PROFILE_DEFAULTS,
     ReverseDistillation,
     ReverseDistillationOptions,
-    check_positive,
     step_optimizers,
 )
 from methods.rrd.model import MultiProjectionLayer, add_noise_patches, projection_loss
@@ -74,12 +74,8 @@ class RevisitedReverseDistillationOptions(ReverseDistillationOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, ("proj_lr",))
-        for name in ("weight_proj", "noise_strength"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"option {name}: expected a number >= 0, got {value}")
-        if self.step_every is not None and self.step_every < 1:
-            raise ValueError(f"option step_every: expected an integer >= 1, got {self.step_every}")
+        check_non_negative(self, ("weight_proj", "noise_strength"))
+        check_at_least(self, {"step_every": 1})
 
 
 @METHODS.register(
