@@ -18,6 +18,7 @@ from bench.registry import Entry, Registry, RegistryError
 
 logger = logging.getLogger(__name__)
 
+
 def _adopt_registration(entry: Entry[type[Method]]) -> None:
     """Give a method class its registered name and description unless it states its own.
 
@@ -60,6 +61,8 @@ class FitContext:
         scratch_dir: Folder the method owns for checkpoints; a resumed run passes the
             same folder again, so a method that finds a checkpoint there continues from it.
         progress: Callback for progress bars.
+        class_name: The dataset class being trained (``carpet``, ...), for methods whose
+            original code sets hyper-parameters per class; ``None`` when unknown.
     """
 
     device: torch.device
@@ -67,6 +70,7 @@ class FitContext:
     profile: str
     scratch_dir: Path
     progress: ProgressCallback = field(default=_no_progress)
+    class_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -352,6 +352,7 @@ class Runner:
             profile=config.profile,
             scratch_dir=self.store.scratch_dir(spec.key, config.dataset, class_name),
             progress=progress,
+            class_name=class_name,
         )
         torch.manual_seed(config.seed)
         with timing.PeakMemory(self.device) as fit_memory:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -194,7 +195,7 @@ def test_each_invalid_option_is_named_with_what_was_expected(name, value, expect
 
 def test_image_size_must_suit_the_pyramid_of_the_class() -> None:
     with pytest.raises(ValueError, match=r"image_size=256 is invalid; expected a multiple of 512"):
-        resolve_options("quick", Options(), "carpet")  # 8 levels on stride-4 features
+        resolve_options("quick", Options(num_levels=8), "carpet")  # 8 levels, stride-4 features
     with pytest.raises(ValueError, match="pyramidflow option image_size=100"):
         parse_method_spec("pyramidflow(image_size=100)").build("quick")
 
@@ -256,10 +257,16 @@ def test_describe_marks_the_fallback_and_the_class_settings(fitted: PyramidFlow)
     assert "4 pyramid levels, CVN" in facts["note"] and "offline fallback" in facts["note"]
 
 
+def test_a_class_pyramid_too_deep_for_the_image_keeps_the_levels_that_fit(caplog) -> None:
+    resolved = resolve_options("quick", Options(), "carpet")  # official: 8 levels, SVN
+    assert (resolved.image_size, resolved.num_levels, resolved.volume_norm) == (256, 7, "SVN")
+    assert "class carpet uses 8 pyramid levels; 7 fit image_size=256" in caplog.text
+    assert resolve_options("quick", Options(image_size=96), "carpet").num_levels == 4
+
+
 def test_fit_takes_the_class_from_the_context() -> None:
     method = PyramidFlow("quick", Options(**{**TINY, "epochs": 1}))
-    fit_context = cpu_context()
-    fit_context.class_name = "screw"  # what the harness may hand over
+    fit_context = dataclasses.replace(cpu_context(), class_name="screw")
     method.fit(brick_crops(2, seed=1), fit_context)
     assert (method.config.num_levels, method.config.augment) == (2, False)
 

@@ -195,3 +195,16 @@ def test_rows_and_manifest_keep_what_reports_need(tmp_path, tiny_dataset_root):
     facts = store.read_manifest()["methods"]["mean-diff"]
     assert facts["method_name"] == "mean-diff" and facts["profile"] == "quick"
     assert "describe" in facts
+
+
+def test_fit_context_names_the_class_being_trained(tmp_path, tiny_dataset_root, monkeypatch):
+    classes = []
+    original_fit = MeanDiff.fit
+
+    def fit(self, images, context):
+        classes.append(context.class_name)
+        return original_fit(self, images, context)
+
+    monkeypatch.setattr(MeanDiff, "fit", fit)
+    run(make_config(tiny_dataset_root, settings=("clean",)), tmp_path)
+    assert sorted(classes) == ["dots", "stripes"]

@@ -174,8 +174,23 @@ def resolve_options(profile: str, options: Options, class_name: str | None = Non
         values["volume_norm"] = "SVN" if name in _CLASS_SVN else "CVN"
     if values["augment"] is None:
         values["augment"] = name not in MVTEC_OBJECTS
+    stride = 4 if values["encoder"] == "resnet18" else 1
+    if options.num_levels is None:
+        # The class's level count may not fit a smaller image (quick: 8 levels need 512 px
+        # with the encoder); keep as many as the image allows rather than refuse the class.
+        fitting = values["num_levels"]
+        while fitting > 2 and values["image_size"] % (stride * 2 ** (fitting - 1)):
+            fitting -= 1
+        if fitting != values["num_levels"]:
+            logger.warning(
+                "pyramidflow: class %s uses %d pyramid levels; %d fit image_size=%d",
+                name,
+                values["num_levels"],
+                fitting,
+                values["image_size"],
+            )
+            values["num_levels"] = fitting
     resolved = Options(**values)
-    stride = 4 if resolved.encoder == "resnet18" else 1
     factor = stride * 2 ** (resolved.num_levels - 1)
     if resolved.image_size % factor:
         expected = (
@@ -227,13 +242,11 @@ class PyramidFlow(Method):
 
         Args:
             normal_images: ``N x 3 x H x W`` normal images in [0, 1], ``N >= batch_size``.
-            context: Device, seed and progress callback; an attribute ``class_name`` on
-                it, when present, selects the official per-class settings.
+            context: Device, seed and progress callback; its ``class_name``, when set,
+                selects the official per-class settings.
         """
         _check_images(normal_images, "normal_images")
-        self.config = resolve_options(
-            self.profile, self.options, getattr(context, "class_name", None)
-        )
+        self.config = resolve_options(self.profile, self.options, context.class_name)
         config = self.config
         if normal_images.shape[0] < config.batch_size:
             message = (
