@@ -340,3 +340,14 @@ def test_real_magnetic_tile_slice(sample_data_root: Path) -> None:
     )
     assert maps.shape == (5, size, size) and torch.isfinite(maps).all()
     assert roc_auc_score(masks.flatten().numpy(), maps[:3].flatten().numpy()) > 0.9
+
+
+def test_an_mlp_that_never_reaches_a_finite_loss_is_an_error(monkeypatch) -> None:
+    real_cross_entropy = torch.nn.functional.cross_entropy
+
+    def diverged(*args, **kwargs):
+        return real_cross_entropy(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", diverged)
+    with pytest.raises(RuntimeError, match=r"not finite in any of 1 epochs; try a lower mlp_lr"):
+        fit_method()

@@ -583,6 +583,12 @@ class PNI(Method):
                     best_loss = current
                     best_state = {k: v.detach().clone() for k, v in mlp.state_dict().items()}
                 context.progress(epoch + 1, config.mlp_epochs, "pni: neighbourhood MLP")
+        if best_state is None:
+            message = (
+                f"pni: the neighbourhood MLP's validation loss was not finite in any of "
+                f"{config.mlp_epochs} epochs; try a lower mlp_lr (now {config.mlp_lr})"
+            )
+            raise RuntimeError(message)
         mlp.load_state_dict(best_state)
         logger.info("pni: neighbourhood MLP trained, best validation loss %.4f", best_loss)
         return mlp.eval()
