@@ -142,12 +142,15 @@ class Footnotes:
         """The footnote paragraph (and a blank line), or nothing when no cell is n/a."""
         if not self._places:
             return []
-        parts = []
+        subjects_by_reason: dict[str, list[str]] = defaultdict(list)
         for (subject, reason), places in self._places.items():
             where = f" ({', '.join(places)})" if places else ""
-            parts.append(f"{subject}{where}: {reason}")
+            subjects_by_reason[reason].append(f"{subject}{where}")
+        parts = [
+            f"{reason}: {', '.join(subjects)}" for reason, subjects in subjects_by_reason.items()
+        ]
         intro = {NA: NA, PARTIAL: f"{PARTIAL} mean over fewer classes"}[self.mark]
-        return [f"{intro}: " + "; ".join(parts) + ".", ""]
+        return [f"{intro} — " + "; ".join(parts) + ".", ""]
 
 
 def percent(value: Any) -> str:

@@ -43,7 +43,7 @@ def test_compatible_runs_merge_ranked_by_val_f1_with_manifest_links(tmp_path):
     assert "F1 oracle (upper bound)" in clean[0][5]
     hard = table_rows(text, "### setting `hard`")
     assert [row[1] for row in hard[2:]] == ["ours", "mean-diff"]  # run b has no hard rows
-    assert "n/a: mean-diff: the method has no native threshold." in text
+    assert "n/a — the method has no native threshold: mean-diff." in text
     assert re.search(r"\bnan\b", text, flags=re.IGNORECASE) is None
     for target in re.findall(r"\]\(([^)]+)\)", text):
         assert (output.parent / target).is_file()

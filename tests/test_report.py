@@ -13,7 +13,7 @@ from bench.figures import (
     write_map_grid,
     write_severity_curve,
 )
-from bench.report import markdown_table, render_report, write_report
+from bench.report import Footnotes, markdown_table, render_report, write_report
 from bench.store import RunStore
 
 EXPECTED = Path(__file__).parent / "fixtures" / "expected_report.md"
@@ -63,8 +63,8 @@ def test_report_has_no_raw_nan_and_explains_every_na(fixed_report):
     blocks = text.split("\n\n")
     for index, block in enumerate(blocks):
         if block.startswith("|") and "n/a" in block:
-            assert blocks[index + 1].startswith("n/a: "), block
-    assert "mean-diff (carpet, wood): the method has no native threshold" in text
+            assert blocks[index + 1].startswith("n/a — "), block
+    assert "n/a — the method has no native threshold: mean-diff (carpet, wood)." in text
     assert "wood left out (no defect region in the test masks)" in text
 
 
@@ -194,3 +194,17 @@ def test_record_method_needs_a_manifest(tmp_path):
     store.record_method("m", {"profile": "quick"})
     store.record_method("m", {"profile": "quick"})
     assert store.read_manifest()["methods"] == {"m": {"profile": "quick"}}
+
+
+def test_footnotes_name_each_reason_once_with_all_its_methods():
+    notes = Footnotes()
+    notes.add("patchcore", "the method has no native threshold")
+    notes.add("rd", "the method has no native threshold")
+    notes.add("ours", "no defect region in the test masks", "wood")
+    notes.add("ours", "no defect region in the test masks", "wood")
+    assert notes.lines() == [
+        "n/a — the method has no native threshold: patchcore, rd; "
+        "no defect region in the test masks: ours (wood).",
+        "",
+    ]
+    assert Footnotes().lines() == []
