@@ -64,6 +64,10 @@ FALLBACK_MARK = "†"
 RANDOM_MARK = "‡"
 NOTE_MARK = "§"
 NA = "n/a"
+
+# Training shorter than this is taken as "nothing to learn" (a mean image, say) and is kept
+# out of the base of the training-time ratios, which it would inflate a thousandfold.
+MIN_FIT_S = 0.5
 PARTIAL = "\\*"
 """Marks a mean that had to leave out a class where the value is undefined (escaped `*`)."""
 
@@ -82,6 +86,7 @@ _ROW_KEYS = (
     "gray_input",
     "predict_seconds",
     "predict_peak_memory_mib",
+    "predict_added_memory_mib",
 )
 
 
@@ -286,9 +291,10 @@ def method_records(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
         for key in ("fit_seconds", "latency_ms_median", "latency_ms_p95"):
             values = [fit[key] for fit in fits.values() if finite(fit.get(key))]
             record[key] = float(np.mean(values)) if values else None
-        memory = [fit["fit_peak_memory_mib"] for fit in fits.values()]
-        record["fit_peak_memory_mib"] = _max_finite(memory)
-        record["predict_peak_memory_mib"] = _max_finite(part["predict_peak_memory_mib"])
+        for key in ("fit_peak_memory_mib", "fit_added_memory_mib"):
+            record[key] = _max_finite(fit.get(key) for fit in fits.values())
+        for key in ("predict_peak_memory_mib", "predict_added_memory_mib"):
+            record[key] = _max_finite(part[key]) if key in part else None
         timed = part[part["predict_seconds"].apply(finite)]
         seconds = float(timed["predict_seconds"].sum())
         record["throughput"] = float(timed["test_images"].sum()) / seconds if seconds > 0 else None
@@ -668,7 +674,9 @@ def speed_section(view: RunView) -> list[str]:
     """Latency, throughput, training time and memory per method, with ratios to the fastest."""
     records = view.records
     fastest_latency = _min_finite(records[m]["latency_ms_median"] for m in view.methods)
-    fastest_fit = _min_finite(records[m]["fit_seconds"] for m in view.methods)
+    fit_seconds = {m: records[m]["fit_seconds"] for m in view.methods}
+    untrained = [m for m, value in fit_seconds.items() if finite(value) and value < MIN_FIT_S]
+    fastest_fit = _min_finite(v for m, v in fit_seconds.items() if m not in untrained)
     footnotes = Footnotes()
     body = []
     for method in view.methods:
@@ -687,9 +695,9 @@ def speed_section(view: RunView) -> list[str]:
                 _ratio(record["latency_ms_median"], fastest_latency),
                 number(record["throughput"], "{:.1f}"),
                 number(record["fit_seconds"], "{:.1f}"),
-                _ratio(record["fit_seconds"], fastest_fit),
-                number(record["fit_peak_memory_mib"], "{:.0f}"),
-                number(record["predict_peak_memory_mib"], "{:.0f}"),
+                "—" if method in untrained else _ratio(record["fit_seconds"], fastest_fit),
+                _memory_cell(record, "fit"),
+                _memory_cell(record, "predict"),
                 number(record.get("parameters"), "{:,}"),
             ]
         )
@@ -703,8 +711,8 @@ def speed_section(view: RunView) -> list[str]:
         "throughput images/s",
         "train s per class",
         "train × fastest",
-        "peak MiB (train)",
-        "peak MiB (test)",
+        "MiB train: peak (+added)",
+        "MiB test: peak (+added)",
         "parameters",
     ]
     return [
@@ -716,10 +724,21 @@ def speed_section(view: RunView) -> list[str]:
         "Latency: batch 1, after warm-up, device synchronised, mean over classes of the "
         "per-class median and p95. Throughput: all test images over the wall time of "
         "predicting them in batches (with the copies to and from the device). "
-        "“× fastest” divides by the fastest method of this run. Memory: peak resident memory "
-        "of the process (CPU) or peak allocated CUDA memory.",
+        "“× fastest” divides by the fastest method of this run; “—”: under "
+        f"{MIN_FIT_S:g} s of training (nothing to learn), left out of the base. Memory on a "
+        "CPU: peak resident memory of the whole process (libraries and earlier models "
+        "included, so alike for all methods) and, in brackets, how much it rose during the "
+        "step (a lower bound where the step reused memory freed before); on a GPU: peak "
+        "allocated CUDA memory.",
         "",
     ]
+
+
+def _memory_cell(record: dict[str, Any], step: str) -> str:
+    peak, added = record.get(f"{step}_peak_memory_mib"), record.get(f"{step}_added_memory_mib")
+    if record.get("memory_kind") == "cuda allocated" or not finite(added):
+        return number(peak, "{:.0f}")
+    return f"{number(peak, '{:.0f}')} (+{float(added):.0f})"
 
 
 def _min_finite(values: Iterable[Any]) -> float | None:

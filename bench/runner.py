@@ -204,6 +204,16 @@ def _peak_mib(stats: timing.MemoryStats) -> float:
     return stats.cuda_peak_mib if stats.cuda_peak_mib is not None else stats.peak_rss_mib
 
 
+def _added_mib(stats: timing.MemoryStats) -> float:
+    """Peak CUDA allocation on a GPU, else the rise of resident memory during the step.
+
+    The process's peak on a CPU includes every library and model loaded before the step
+    (the same for all methods of a run); the rise is what the step itself took, a lower
+    bound where it reused memory that earlier steps had freed.
+    """
+    return stats.cuda_peak_mib if stats.cuda_peak_mib is not None else stats.rss_increase_mib
+
+
 def _json_number(value: float | None) -> float | None:
     if value is None:
         return None
@@ -377,6 +387,7 @@ class Runner:
             "profile": config.profile,
             "fit_seconds": fit_seconds,
             "fit_peak_memory_mib": _peak_mib(fit_memory.stats),
+            "fit_added_memory_mib": _added_mib(fit_memory.stats),
             "memory_kind": "cuda allocated" if self.device.type == "cuda" else "process RSS",
             "latency_ms_median": latency.median_ms,
             "latency_ms_p95": latency.p95_ms,
@@ -451,6 +462,7 @@ class Runner:
             "defective_images": int(labels.sum()),
             "gray_input": bool(_is_gray(images)),
             "predict_peak_memory_mib": _peak_mib(predict_memory.stats),
+            "predict_added_memory_mib": _added_mib(predict_memory.stats),
             # Wall time of predicting every test image in batches of PREDICT_BATCH, including
             # the copy to and from the device: the throughput a user sees.
             "predict_seconds": predict_seconds,

@@ -208,3 +208,24 @@ def test_footnotes_name_each_reason_once_with_all_its_methods():
         "",
     ]
     assert Footnotes().lines() == []
+
+
+def test_speed_table_leaves_untrained_methods_out_of_the_training_base(fixed_report):
+    _, text = fixed_report
+    section = text.split("## Speed and memory")[1]
+    rows = {
+        cells[0]: cells
+        for cells in (
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in section.splitlines()
+            if line.startswith("| ")
+        )
+    }
+    header = rows["method"]
+    train_ratio = header.index("train × fastest")
+    # mean-diff trains 0.01 s; G.S (speed 3) trains 6 and 7 s, ours (speed 4) 8 and 9 s
+    assert rows["mean-diff"][train_ratio] == "—"
+    assert rows["ours"][train_ratio] == f"{8.5 / 6.5:.1f}×"
+    memory = header.index("MiB train: peak (+added)")
+    assert rows["ours"][memory] == "800 (+80)"
+    assert rows["mean-diff"][header.index("latency × fastest")] == "1.0×"

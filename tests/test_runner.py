@@ -47,6 +47,9 @@ def test_run_writes_a_row_per_method_class_setting(tmp_path, tiny_dataset_root):
         assert row["gray_input"] is True
     record = store.read_model_record("mean-diff", "folder", "dots")
     assert record["fit_seconds"] >= 0 and record["latency_ms_median"] > 0
+    assert 0 <= record["fit_added_memory_mib"] <= record["fit_peak_memory_mib"]
+    for row in rows:
+        assert 0 <= row["predict_added_memory_mib"] <= row["predict_peak_memory_mib"]
     assert record["val_threshold"] is not None
     manifest = store.read_manifest()
     assert manifest["config"]["methods"] == ["mean-diff"]
