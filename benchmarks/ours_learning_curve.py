@@ -137,11 +137,17 @@ def append_row(path: Path, row: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def _method(path: Path) -> str | None:
+    rows = read_rows(path)
+    return rows[0]["method"] if rows else None
+
+
 def plot(csv_paths: list[Path], output: Path, title: str) -> None:
     """Pixel AUROC and F1 against iterations, with the reference lines of the first CSV."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     reference = None
+    methods = [_method(path) for path in csv_paths]
     for index, path in enumerate(csv_paths):
         rows = read_rows(path)
         if not rows:
@@ -149,6 +155,8 @@ def plot(csv_paths: list[Path], output: Path, title: str) -> None:
         reference = reference or rows[0]
         colour = colours[index % len(colours)]
         label = rows[0]["method"] if len(csv_paths) > 1 else "method"
+        if methods.count(rows[0]["method"]) > 1:
+            label = f"{label} [{Path(path).stem}]"  # two runs of one method: name the file
         x = [int(r["iteration"]) for r in rows]
         left.plot(x, [float(r["pixel_auroc"]) for r in rows], "o-", ms=3, color=colour, label=label)
         if rows[0].get("synthetic_auroc"):
