@@ -226,6 +226,16 @@ def test_save_and_load_round_trip_gives_identical_maps(fitted: PyramidFlow, tmp_
     assert restored.describe() == fitted.describe()
 
 
+def test_load_warns_only_about_options_that_differ(tmp_path: Path, caplog) -> None:
+    method = PyramidFlow("quick", Options(**{**TINY, "epochs": 1}))
+    method.fit(brick_crops(2, seed=1), dataclasses.replace(cpu_context(), class_name="screw"))
+    method.save(tmp_path)
+    PyramidFlow("quick", Options(**{**TINY, "epochs": 1})).load(tmp_path)
+    assert "was trained with" not in caplog.text  # its class is not a difference
+    PyramidFlow("quick", Options(**{**TINY, "epochs": 3})).load(tmp_path)
+    assert "was trained with epochs=1" in caplog.text
+
+
 def test_encoder_free_variant_fits_and_round_trips(tmp_path: Path) -> None:
     method = fit_method(encoder="none", num_levels=2, channels=4)
     images = brick_crops(1, seed=8)

@@ -343,8 +343,10 @@ class PyramidFlow(Method):
             message = f"{path}: format_version {version!r}, this code reads {FORMAT_VERSION}"
             raise ValueError(message)
         saved = Options(**payload["options"])
-        if saved != self.config:
-            changed = ", ".join(changed_options(saved, self.config))
+        # The class a model was trained on is part of its settings, not a difference.
+        expected = resolve_options(self.profile, self.options, saved.class_name)
+        if saved != expected:
+            changed = ", ".join(changed_options(saved, expected))
             logger.warning("pyramidflow: %s was trained with %s", path, changed)
         self.config = saved
         info = BackboneInfo(**payload["backbone"]) if payload["backbone"] else None
