@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(
@@ -104,7 +105,7 @@ class _RichReporter:
         self.progress = progress
 
     def start_task(self, description: str, total: int):
-        return self.progress.add_task(description, total=total)
+        return self.progress.add_task(escape(description), total=total)
 
     def advance(self, task, completed: int, total: int) -> None:
         self.progress.update(task, completed=completed, total=max(total, 1))
@@ -113,7 +114,7 @@ class _RichReporter:
         self.progress.remove_task(task)
 
     def job_done(self, line: str) -> None:
-        self.progress.console.print(f"[green]✓[/] {line}")
+        self.progress.console.print(f"[green]✓[/] {escape(line)}")  # "[hard]" is no style
 
 
 def _progress() -> Progress:

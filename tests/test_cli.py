@@ -101,6 +101,7 @@ def test_run_then_report_then_evaluate(tmp_path, tiny_dataset_root):
     (run_dir,) = list(runs.iterdir())
     assert (run_dir / "report.md").is_file()
     assert "report:" in result.output
+    assert "[general]" in result.output  # the setting is text, not a rich style tag
 
     again = invoke("report", run_dir, "--output", tmp_path / "r.md")
     assert again.exit_code == 0
@@ -214,6 +215,11 @@ def test_predict_writes_maps_and_masks(tmp_path, tiny_dataset_root):
     assert np.load(out / f"{image.stem}_map.npy").shape == (32, 32)
     assert (out / f"{image.stem}_mask.png").is_file()  # binarised at the stored val threshold
 
+    twin = next(tiny_dataset_root.glob(f"dots/test/good/{image.stem}.png"))
+    clash = invoke("predict", image, twin, "--model", model, "--output", out)
+    assert clash.exit_code == 1
+    assert f"share the name '{image.stem}'" in flat(clash.output)
+
     missing = invoke("predict", tmp_path / "x.png", "--model", model)
     assert missing.exit_code == 2
     not_model = invoke("predict", image, "--model", tmp_path)
@@ -282,3 +288,26 @@ def test_ablation_variants_are_separate_rows_of_one_run(tmp_path, tiny_dataset_r
     )
     assert "components=G.S" in header and "opacity=random" in header
     assert header.count("samples-masks-gan") == 2
+
+
+@pytest.mark.parametrize("layout", ["empty", "empty class folder", "one level too high"])
+def test_run_on_a_folder_without_classes_fails_naming_it(tmp_path, tiny_dataset_root, layout):
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout == "empty class folder":
+        (root / "carpet").mkdir()
+    if layout == "one level too high":
+        root = tiny_dataset_root.parent
+    result = invoke(
+        "run",
+        "--methods",
+        "mean-diff",
+        "--dataset",
+        "folder",
+        "--data-root",
+        root,
+        "--runs-dir",
+        tmp_path / "runs",
+    )
+    assert result.exit_code != 0
+    assert f"no class folder under {root}" in flat(result.output)
