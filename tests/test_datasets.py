@@ -462,3 +462,9 @@ def test_real_magnetic_tile_sample(sample_data_root: Path) -> None:
     assert defects == {"good", "blowhole", "break", "crack", "fray", "uneven"}
     masks = stack_masks([s for s in data.test if s.label == 1][:4], size=64)
     assert all(bool(mask.any()) for mask in masks)
+
+
+def test_a_root_without_class_folders_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "carpet" / "test").mkdir(parents=True)  # no train/good: not a class
+    with pytest.raises(DatasetError, match=r"folder: no class folder under .* train/good"):
+        _adapter("folder", tmp_path, None).classes()

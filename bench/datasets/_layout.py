@@ -113,6 +113,13 @@ class LayoutAdapter(DatasetAdapter):
         """
         self._check_root()
         available = self.available_classes()
+        if not available:
+            message = (
+                f"{self.name}: no class folder under {self.root} (a class folder holds "
+                f"train/{self.layout.good} with images; point --data-root at the folder that "
+                f"holds the class folders, see {DATASETS_README})"
+            )
+            raise DatasetError(message)
         selected = self._select(available)
         missing = [name for name in selected if name not in available]
         if missing:
