@@ -42,6 +42,15 @@ def predict_images(
     The binary mask uses the method's native threshold, else the ``val`` threshold chosen on
     held-out normal images when the model was evaluated in its run.
     """
+    by_stem: dict[str, Path] = {}
+    for path in images:
+        if path.stem in by_stem and by_stem[path.stem] != path:
+            message = (
+                f"{by_stem[path.stem]} and {path} share the name {path.stem!r}, so their maps "
+                f"would overwrite each other in {output}; score them in separate runs"
+            )
+            raise ValueError(message)
+        by_stem[path.stem] = path
     method, record = load_saved_method(model_dir, device)
     threshold = method.native_threshold
     if threshold is None:
