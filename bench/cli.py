@@ -89,6 +89,9 @@ def _parse_settings(text: str, severity: str | None) -> list:
             raise typer.BadParameter(
                 f"severities must be 1 to 5, got {bad}", param_hint="--severity"
             )
+    if severity and all(name == "clean" for name in names):
+        message = "clean images have no severity; it grades the shifts (general, hard)"
+        raise typer.BadParameter(message, param_hint="--severity")
     specs = []
     for name in names:
         if name == "clean":
@@ -175,7 +178,11 @@ def run(
         raise typer.BadParameter(f"{data_root} is not a folder", param_hint="--data-root")
     unsupported = [spec.key for spec in specs if profile not in _method_profiles(spec.name)]
     if unsupported:
-        message = f"profile {profile!r} is not offered by {', '.join(unsupported)}"
+        offered = sorted({p for spec in specs for p in _method_profiles(spec.name)})
+        message = (
+            f"profile {profile!r} is not offered by {', '.join(unsupported)}; "
+            f"expected one of {', '.join(offered)}"
+        )
         raise typer.BadParameter(message, param_hint="--profile")
 
     config = RunConfig(

@@ -126,7 +126,11 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; a CUDA request without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        message = f"--device {name!r}: expected auto, cpu, cuda or cuda:N"
+        raise ValueError(message) from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device

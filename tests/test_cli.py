@@ -43,7 +43,10 @@ def test_list_unknown_kind_is_a_usage_error():
         (["--severity", "9"], "severities must be 1 to 5"),
         (["--severity", "x"], "expected whole numbers"),
         (["--dataset", "mvtecc"], "Did you mean 'mvtec'"),
-        (["--profile", "huge"], "profile 'huge' is not offered by mean-diff"),
+        (["--profile", "huge"], "profile 'huge' is not offered by mean-diff; expected one of"),
+        (["--setting", "clean", "--severity", "3"], "clean images have no severity"),
+        (["--device", "tpu"], "--device 'tpu': expected auto, cpu, cuda or cuda:N"),
+        (["--device", "cuda:x"], "--device 'cuda:x': expected auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_run_bad_arguments_exit_2_with_reason(args, message, tmp_path):
