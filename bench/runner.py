@@ -180,9 +180,16 @@ def _resize_maps(anomaly_maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def predict_maps(
-    method: Method, images: torch.Tensor, size: int, batch_size: int = PREDICT_BATCH
+    method: Method,
+    images: torch.Tensor,
+    size: int,
+    batch_size: int = PREDICT_BATCH,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Run ``method.predict`` in batches; returns ``N x size x size`` float32 on the CPU."""
+    """Run ``method.predict`` in batches; returns ``N x size x size`` float32 on the CPU.
+
+    ``progress(done, total)`` is called with the number of images scored after each batch.
+    """
     outputs = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
@@ -195,6 +202,8 @@ def predict_maps(
                 )
                 raise ValueError(message)
             outputs.append(_resize_maps(anomaly_maps.detach().cpu(), size))
+            if progress is not None:
+                progress(min(start + batch_size, images.shape[0]), images.shape[0])
     return torch.cat(outputs) if outputs else torch.empty(0, size, size)
 
 
@@ -426,10 +435,16 @@ class Runner:
         config = self.config
         class_name = class_data.class_name
         sample_ids = [sample.sample_id for sample in class_data.test]
-        task = self.reporter.start_task(f"test {spec.key} on {class_name} [{setting.label}]", 1)
+        task = self.reporter.start_task(
+            f"test {spec.key} on {class_name} [{setting.label}]", len(images)
+        )
+
+        def progress(done: int, total: int) -> None:
+            self.reporter.advance(task, done, total)
+
         with timing.PeakMemory(self.device) as predict_memory:
             started = time.perf_counter()
-            anomaly_maps = predict_maps(state.method, images, config.image_size)
+            anomaly_maps = predict_maps(state.method, images, config.image_size, progress=progress)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             predict_seconds = time.perf_counter() - started

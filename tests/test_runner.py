@@ -4,10 +4,19 @@ import re
 import numpy as np
 import pytest
 import torch
+from method_inputs import cpu_context
 
 from bench.method import METHODS, parse_method_spec
 from bench.report import write_report
-from bench.runner import Reporter, RunConfig, Runner, SettingSpec, open_store, resolve_device
+from bench.runner import (
+    Reporter,
+    RunConfig,
+    Runner,
+    SettingSpec,
+    open_store,
+    predict_maps,
+    resolve_device,
+)
 
 MeanDiff = METHODS.get("mean-diff")
 
@@ -211,3 +220,31 @@ def test_fit_context_names_the_class_being_trained(tmp_path, tiny_dataset_root, 
     monkeypatch.setattr(MeanDiff, "fit", fit)
     run(make_config(tiny_dataset_root, settings=("clean",)), tmp_path)
     assert sorted(classes) == ["dots", "stripes"]
+
+
+def test_test_step_bar_advances_per_batch_to_the_image_count(tmp_path, tiny_dataset_root):
+    bars = {}
+    updates = []
+
+    def start_task(description, total):
+        bars[description] = total
+        return description
+
+    def advance(task, completed, total):
+        updates.append((task, completed, total))
+
+    reporter = Reporter(start_task=start_task, advance=advance)
+    run(make_config(tiny_dataset_root, settings=("clean",)), tmp_path, reporter)
+    test_bar = "test mean-diff on dots [clean]"
+    assert bars[test_bar] == 7  # 3 good and 4 defective test images
+    assert [u[1:] for u in updates if u[0] == test_bar] == [(7, 7)]  # one batch of up to 8
+
+
+def test_predict_maps_reports_progress_after_every_batch():
+    method = MeanDiff()
+    method.fit(torch.rand(2, 3, 8, 8), cpu_context())
+    calls = []
+    predict_maps(
+        method, torch.rand(5, 3, 8, 8), 8, batch_size=2, progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(2, 5), (4, 5), (5, 5)]
