@@ -166,7 +166,7 @@ def run(
     """Train and evaluate methods; re-running the same command resumes an interrupted run."""
     _configure_logging(verbose)
     from bench.report import write_report
-    from bench.runner import RunConfig, Runner, open_store, resolve_device
+    from bench.runner import RunConfig, Runner, dataset_adapter, open_store, resolve_device
 
     specs = _parse_methods(methods)
     settings = _parse_settings(setting, severity)
@@ -196,6 +196,12 @@ def run(
         image_size=image_size,
         device=str(resolved_device),
     )
+    if config.data_root is not None or config.dataset != "default":
+        # Check the data's folder and classes before a run folder is made for them.
+        try:
+            dataset_adapter(config).classes()
+        except (ValueError, LookupError, OSError) as error:
+            raise typer.BadParameter(str(error), param_hint="--data-root / --classes") from error
     try:
         store = open_store(config, runs_dir, run_id)
         console.print(f"run folder: [bold]{store.root}[/]")

@@ -136,6 +136,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def dataset_adapter(config: RunConfig) -> DatasetAdapter:
+    """The dataset adapter a run configuration names, with its root and classes.
+
+    Raises:
+        DatasetError: When the adapter refuses its arguments (e.g. no root where one is
+            needed).
+    """
+    adapter_cls = DATASETS.get(config.dataset)
+    classes = list(config.classes) if config.classes else None
+    if config.data_root is None:
+        return adapter_cls(root=None, classes=classes)  # type: ignore[arg-type]
+    return adapter_cls(root=Path(config.data_root), classes=classes)
+
+
 def build_manifest(config: RunConfig, run_id: str) -> dict[str, Any]:
     """The manifest written when a run starts."""
     return {
@@ -251,11 +265,7 @@ class Runner:
 
     def dataset(self) -> DatasetAdapter:
         """The configured dataset adapter."""
-        adapter_cls = DATASETS.get(self.config.dataset)
-        classes = list(self.config.classes) if self.config.classes else None
-        if self.config.data_root is None:
-            return adapter_cls(root=None, classes=classes)  # type: ignore[arg-type]
-        return adapter_cls(root=Path(self.config.data_root), classes=classes)
+        return dataset_adapter(self.config)
 
     def run(self) -> RunStore:
         """Do every job that is not finished yet; return the store."""

@@ -312,5 +312,22 @@ def test_run_on_a_folder_without_classes_fails_naming_it(tmp_path, tiny_dataset_
         "--runs-dir",
         tmp_path / "runs",
     )
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert f"no class folder under {root}" in flat(result.output)
+    assert not (tmp_path / "runs").exists()  # refused before a run folder was made
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "mvtec"], "needs a data root"),
+        (["--dataset", "folder", "--classes", "dotz"], "Did you mean 'dots'"),
+    ],
+)
+def test_dataset_errors_come_before_the_run_folder(tmp_path, tiny_dataset_root, args, message):
+    if "--classes" in args:
+        args = [*args, "--data-root", tiny_dataset_root]
+    result = invoke("run", "--methods", "mean-diff", *args, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2, result.output
+    assert message in flat(result.output)
+    assert not (tmp_path / "runs").exists()
